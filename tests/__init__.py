@@ -1,0 +1,1 @@
+"""The flyteserf trial suite."""
