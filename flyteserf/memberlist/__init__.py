@@ -1,0 +1,1 @@
+"""SWIM + Lifeguard membership, as memberlist 0.2.2 speaks it."""
