@@ -1,0 +1,1 @@
+"""Serf on top of memberlist: members, intents, user events, queries, keys, snapshot."""
