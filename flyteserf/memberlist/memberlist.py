@@ -723,6 +723,14 @@ class Memberlist:
 
     def _gossip_tick(self) -> None:
         self._schedule("gossip", self.config.gossip_interval, self._gossip_tick)
+        avail = self.config.udp_buffer_size - COMPOUND_HEADER_OVERHEAD
+        if self._encrypting:
+            avail -= crypto.ENCRYPT_OVERHEAD_V1
+        # Fetch before choosing targets: an idle cluster gossips nothing, and
+        # picking random nodes every 200 ms would be the node's main cost.
+        msgs = self.get_broadcasts(COMPOUND_OVERHEAD, avail)
+        if not msgs:
+            return
         now = self.reactor.seconds()
         dead_time = self.config.gossip_to_the_dead_time
 
@@ -731,13 +739,11 @@ class Memberlist:
                 return True
             return n.state == NodeState.DEAD and now - n.state_change > dead_time
 
-        avail = self.config.udp_buffer_size - COMPOUND_HEADER_OVERHEAD
-        if self._encrypting:
-            avail -= crypto.ENCRYPT_OVERHEAD_V1
-        for node in self._random_nodes(self.config.gossip_nodes, exclude):
-            msgs = self.get_broadcasts(COMPOUND_OVERHEAD, avail)
-            if not msgs:
-                return
+        for i, node in enumerate(self._random_nodes(self.config.gossip_nodes, exclude)):
+            if i > 0:
+                msgs = self.get_broadcasts(COMPOUND_OVERHEAD, avail)
+                if not msgs:
+                    return
             for packet in make_compounds(msgs):
                 self._raw_send(node.address, packet, node)
 
