@@ -377,3 +377,47 @@ class RuleTests(unittest.TestCase):
         for junk in (b"", b"\x07\xff", b"\x09\x80", b"\x0c\x00\x00\x00\x00\x00", b"\x04\x93\x01\x02\x03", b"\xee"):
             self.m.ingest_packet(junk, ("10.0.0.2", 7946))
         self.assertGreaterEqual(sum(v for k, v in self.m.counters.items() if k.startswith("dropped")), 5)
+
+
+class ProbeFallbackTests(unittest.TestCase):
+    """Indirect probes, nacks and the TCP fallback ping (serf-wire §2.8 steps 4–5)."""
+
+    def test_tcp_fallback_keeps_udp_blind_node_alive(self) -> None:
+        cluster = Cluster(3)
+        cluster.join_all()
+        cluster.run_until(cluster.converged, limit=30)
+        for other in (0, 2):  # every datagram to and from n1 is lost; TCP still works
+            cluster.net.set_link(ip(other), ip(1), loss=1.0)
+            cluster.net.set_link(ip(1), ip(other), loss=1.0)
+        cluster.events.clear()
+        cluster.net.run(60)
+        self.assertEqual([e for e in cluster.events if e[1] == "leave"], [])
+        self.assertEqual(cluster.state_of(0, "n1"), NodeState.ALIVE)
+        self.assertGreater(cluster.nodes[0].counters["streams_out"], 3)
+
+    def test_missing_nacks_raise_our_awareness(self) -> None:
+        """A node that cannot hear anyone blames itself (Lifeguard local health)."""
+        config = MemberlistConfig.lan().evolve(disable_tcp_pings=True)
+        cluster = Cluster(4, config=config)
+        cluster.join_all()
+        cluster.run_until(cluster.converged, limit=30)
+        me = cluster.nodes[0]
+        for other in range(1, 4):
+            cluster.net.set_link(ip(other), ip(0), loss=1.0)  # n0 hears nothing
+        cluster.net.run(3)
+        # Healthy peers may refute n0's false suspicions (+1 each time), but the
+        # node with the missing nacks ends up the least healthy.
+        others = max(n.awareness.score for n in cluster.nodes[1:])
+        self.assertGreater(me.awareness.score, others)
+
+    def test_probe_interval_scales_with_awareness(self) -> None:
+        cluster = Cluster(2)
+        cluster.join_all()
+        cluster.run_until(cluster.converged, limit=30)
+        me = cluster.nodes[0]
+        me.awareness.apply_delta(7)
+        before = me.counters["packets_out"]
+        cluster.net.set_link(ip(1), ip(0), loss=1.0)  # acks never come back
+        cluster.net.run(16)
+        # With the score at 7 a failed probe round lasts 8 probe intervals.
+        self.assertLessEqual(me.counters["packets_out"] - before, 2 * 3 + 16)
