@@ -105,7 +105,7 @@ class MemberlistService(service.Service):
         self.leave_timeout = leave_timeout
         self.memberlist: Memberlist | None = None
 
-    def startService(self) -> Deferred[Any]:  # type: ignore[override]
+    def startService(self) -> Deferred[Any]:
         super().startService()
         node = build_memberlist(
             self.reactor,
@@ -130,7 +130,7 @@ class MemberlistService(service.Service):
         d.addCallback(lambda n: self.log.info("Joined {n} node(s)", n=n))
         return d
 
-    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+    def stopService(self) -> Deferred[None]:
         super().stopService()
         node, self.memberlist = self.memberlist, None
         if node is None:

@@ -12,7 +12,7 @@ the per-packet path is a loop over a short tuple.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Generic, Mapping, TypeVar
+from typing import Any, ClassVar, Generic, Mapping, TypeVar, dataclass_transform
 
 import attrs
 import msgpack
@@ -34,7 +34,7 @@ MSGPACK_ERRORS = (
 
 def gossip_packb(obj: Any) -> bytes:
     """Pack with the old spec (raw strings), as go-msgpack's gossip handle."""
-    return msgpack.packb(obj, use_bin_type=False)  # type: ignore[no-any-return]
+    return msgpack.packb(obj, use_bin_type=False)
 
 
 def gossip_unpackb(data: bytes) -> Any:
@@ -355,11 +355,12 @@ class GoStruct:
         return cls.from_map(gossip_unpackb(data))
 
 
+@dataclass_transform(frozen_default=True, field_specifiers=(attrs.field,))
 def gostruct(cls: type[S]) -> type[S]:
     """Make *cls* a frozen attrs class and precompute its wire plan."""
     cls = attrs.frozen(cls)
     plan = []
-    for a in attrs.fields(cls):
+    for a in attrs.fields(cls):  # type: ignore[arg-type]
         go = a.metadata.get("go")
         if go is None:
             continue
