@@ -484,7 +484,7 @@ class _StopOnFailure(service.Service):
         return None
 
     def _failed(self, failure: Any) -> None:
-        self.log.error("flyteserf cannot start: {reason}", reason=failure.getErrorMessage().strip())
+        self.log.error("flyteserf cannot start: {reason}", reason=" ".join(failure.getErrorMessage().split()))
         self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
         self.reactor.stop()
 

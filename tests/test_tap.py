@@ -368,6 +368,22 @@ class TwistProcessTests(TestCase):
         self.assertNotIn(b"Traceback", collect.output)
 
 
+    async def test_failed_join_stops_with_status_1(self) -> None:
+        """A --join that nobody answers ends the program with one clear line."""
+        from flyteserf.testing.serf_binary import find_free_port
+
+        nobody = find_free_port()
+        collect, transport = self.spawn(
+            "--log-format=text", "flyteserf", "--node=lonely", "--bind=127.0.0.1:0", f"--join=127.0.0.1:{nobody}"
+        )
+        self.addCleanup(_reap, transport, collect)
+        ended = await collect.ended
+        self.assertEqual(ended.exitCode, 1, collect.output)
+        self.assertIn(b"flyteserf cannot start: 1 error occurred:", collect.output)
+        self.assertIn(f"Failed to join 127.0.0.1".encode(), collect.output)
+        self.assertNotIn(b"Traceback", collect.output)
+
+
 _TWIST = "import sys; from twisted.application.twist._twist import Twist; Twist.main(sys.argv)"
 
 
