@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from flyteserf.memberlist.awareness import Awareness
@@ -97,10 +97,30 @@ class _AckHandler:
         self.on_ack, self.on_nack, self.timer = on_ack, on_nack, timer
 
 
+class _WireTextLogger(Logger):
+    """A Logger that escapes undecodable wire bytes before observers see them.
+
+    Node names come off the wire decoded with ``surrogateescape`` (lossless,
+    like Go's byte strings); a lone surrogate in a log field makes UTF-8
+    observers (trial's log file, ``twist`` on stdout) raise
+    ``UnicodeEncodeError``.  Such bytes are logged as ``\\xNN`` instead.
+    """
+
+    def emit(self, level: LogLevel, format: str | None = None, **kwargs: Any) -> None:
+        for key, value in kwargs.items():
+            if isinstance(value, str) and not value.isascii():
+                try:
+                    raw = value.encode("utf-8", "surrogateescape")
+                except UnicodeEncodeError:
+                    raw = value.encode("utf-8", "backslashreplace")
+                kwargs[key] = raw.decode("utf-8", "backslashreplace")
+        super().emit(level, format, **kwargs)
+
+
 class Memberlist:
     """One memberlist node."""
 
-    log = Logger()
+    log = _WireTextLogger()
 
     def __init__(
         self,
@@ -208,7 +228,8 @@ class Memberlist:
         return self._seq
 
     def _next_incarnation(self) -> int:
-        self._incarnation += 1
+        # A uint32 on the wire: wrap as Go's atomic.AddUint32 does.
+        self._incarnation = (self._incarnation + 1) & 0xFFFFFFFF
         return self._incarnation
 
     def skip_incarnation(self, offset: int) -> int:
@@ -227,6 +248,10 @@ class Memberlist:
 
     def _raw_send(self, addr: Address, msg: bytes, node: Node | None = None) -> None:
         """compress → CRC (peers with PMax >= 5) → encrypt → datagram."""
+        if not self._running:
+            # A timer that outlived shutdown (e.g. a probe's indirect phase).
+            self.count("dropped_sends_stopped")
+            return
         key = self.keyring.primary_key if self.keyring else None
         packet = encode_packet(
             msg,
@@ -541,13 +566,17 @@ class Memberlist:
             return waiter
         return waiter.addTimeout(timeout, self.reactor, onTimeoutCancel=lambda *_: None)
 
-    def update_node(self) -> None:
-        """Re-announce ourselves with fresh meta (serf: tags changed)."""
+    def update_node(self, notify: Deferred[None] | None = None) -> None:
+        """Re-announce ourselves with fresh meta (serf: tags changed).
+
+        *notify* fires once the new alive has left the broadcast queue.
+        """
         me = self.local_node
         inc = self._next_incarnation()
         meta = self._node_meta()
         self.alive_node(
             Alive(incarnation=inc, node=self.name, addr=ip_to_wire(me.addr), port=me.port, meta=meta, vsn=self.vsn),
+            notify,
             bootstrap=True,
         )
 
@@ -888,7 +917,9 @@ class Memberlist:
     def _refute(self, me: Node, accused: int) -> None:
         inc = self._next_incarnation()
         if accused >= inc:
-            self._incarnation = inc = accused + 1
+            # uint32 like Go: refuting an accusation at 0xFFFFFFFF wraps to 0
+            # instead of storing (and gossiping) an unencodable 2**32.
+            self._incarnation = inc = (accused + 1) & 0xFFFFFFFF
         me.incarnation = inc
         self.awareness.apply_delta(1)
         alive = Alive(

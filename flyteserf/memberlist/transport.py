@@ -7,6 +7,7 @@ The reactor is injected, so the same classes run over real sockets and over
 from __future__ import annotations
 
 import ipaddress
+import socket
 from typing import Any, Callable, Protocol as TypingProtocol
 
 from twisted.internet import error, protocol
@@ -24,6 +25,8 @@ from flyteserf.wire.stream import StreamMessage, StreamReader
 UDP_RECEIVE_SIZE = 65536
 #: How many inbound streams may be open at once.
 MAX_INBOUND_STREAMS = 128
+#: memberlist's udpRecvBufSize: asked for, halving until the kernel accepts.
+UDP_RECEIVE_BUFFER = 2 * 1024 * 1024
 
 
 class StreamHandler(TypingProtocol):
@@ -227,6 +230,7 @@ class NetTransport:
                 continue
             self._udp, self._tcp, self.port = udp, tcp, port
             break
+        _grow_receive_buffer(self._udp)
         return self.local_address
 
     def send_packet(self, data: bytes, addr: Address) -> None:
@@ -265,6 +269,25 @@ class NetTransport:
         from twisted.internet.defer import gatherResults
 
         return gatherResults(waits).addCallback(lambda _: None)
+
+
+def _grow_receive_buffer(port: Any) -> None:
+    """Ask for a 2 MiB UDP receive buffer, as memberlist does (``setUDPRecvBuf``).
+
+    The kernel default (about 208 KiB on Linux) overflows in a burst, and
+    then real pings are dropped along with the burst.
+    """
+    get_handle = getattr(port, "getHandle", None)
+    if get_handle is None:  # not a real socket (the in-memory network)
+        return
+    sock = get_handle()
+    size = UDP_RECEIVE_BUFFER
+    while size > 0:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+            return
+        except OSError:
+            size //= 2
 
 
 def _disconnect(connector: Any, result: Any) -> Any:

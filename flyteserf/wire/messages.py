@@ -195,11 +195,14 @@ def decode_message(buf: bytes) -> Message:
 def vsn_is_valid(vsn: bytes) -> bool:
     """memberlist ignores an alive whose protocol range is empty or inverted.
 
-    A Vsn that is present must be six bytes (0.2.2 indexes all six).
+    A Vsn that is present must be six bytes (0.2.2 indexes all six).  Stricter
+    than Go: a current version outside its own [min, max] range (PCur or DCur)
+    is refused too, since every push/pull's verifyProtocol would then fail,
+    for us and for each Go peer we relayed the alive to.
     """
     if not vsn:
         return True
-    return len(vsn) == 6 and vsn[0] != 0 and vsn[1] != 0 and vsn[0] <= vsn[1]
+    return len(vsn) == 6 and 0 < vsn[0] <= vsn[2] <= vsn[1] and vsn[3] <= vsn[5] <= vsn[4]
 
 
 def ip_from_wire(addr: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
