@@ -741,25 +741,33 @@ class Memberlist:
         return done.addBoth(cleanup)
 
     def _random_nodes(self, k: int, exclude: Callable[[Node], bool]) -> list[Node]:
-        """Up to *k* random nodes, never self, skipping what *exclude* says."""
-        candidates = [n for n in self.nodes.values() if n.name != self.name and not exclude(n)]
-        if len(candidates) <= k:
-            self.rng.shuffle(candidates)
-            return candidates
-        return self.rng.sample(candidates, k)
+        """Up to *k* random nodes, never self, skipping what *exclude* says.
+
+        Random picks with rejection, as Go's kRandomNodes, so a big table costs
+        O(k) per call; when that finds fewer than *k* (a small or mostly dead
+        table) the search becomes exhaustive, as memberlist's 2026 fix does.
+        """
+        nodes = list(self.nodes.values())
+        n = len(nodes)
+        chosen: list[Node] = []
+        randbelow = self.rng.randrange
+        for _ in range(3 * n):
+            if len(chosen) >= k:
+                return chosen
+            node = nodes[randbelow(n)]
+            if node.name == self.name or node in chosen or exclude(node):
+                continue
+            chosen.append(node)
+        if len(chosen) < k:
+            rest = [x for x in nodes if x.name != self.name and x not in chosen and not exclude(x)]
+            self.rng.shuffle(rest)
+            chosen.extend(rest[: k - len(chosen)])
+        return chosen
 
     # --- gossip ---------------------------------------------------------------------
 
     def _gossip_tick(self) -> None:
         self._schedule("gossip", self.config.gossip_interval, self._gossip_tick)
-        avail = self.config.udp_buffer_size - COMPOUND_HEADER_OVERHEAD
-        if self._encrypting:
-            avail -= crypto.ENCRYPT_OVERHEAD_V1
-        # Fetch before choosing targets: an idle cluster gossips nothing, and
-        # picking random nodes every 200 ms would be the node's main cost.
-        msgs = self.get_broadcasts(COMPOUND_OVERHEAD, avail)
-        if not msgs:
-            return
         now = self.reactor.seconds()
         dead_time = self.config.gossip_to_the_dead_time
 
@@ -768,11 +776,14 @@ class Memberlist:
                 return True
             return n.state == NodeState.DEAD and now - n.state_change > dead_time
 
-        for i, node in enumerate(self._random_nodes(self.config.gossip_nodes, exclude)):
-            if i > 0:
-                msgs = self.get_broadcasts(COMPOUND_OVERHEAD, avail)
-                if not msgs:
-                    return
+        avail = self.config.udp_buffer_size - COMPOUND_HEADER_OVERHEAD
+        if self._encrypting:
+            avail -= crypto.ENCRYPT_OVERHEAD_V1
+        # Targets first, as Go does: with nobody to tell, broadcasts stay queued.
+        for node in self._random_nodes(self.config.gossip_nodes, exclude):
+            msgs = self.get_broadcasts(COMPOUND_OVERHEAD, avail)
+            if not msgs:
+                return
             for packet in make_compounds(msgs):
                 self._raw_send(node.address, packet, node)
 

@@ -25,6 +25,8 @@ from flyteserf.wire.stream import StreamMessage, StreamReader
 UDP_RECEIVE_SIZE = 65536
 #: How many inbound streams may be open at once.
 MAX_INBOUND_STREAMS = 128
+#: Pending connections the kernel may queue for us (a join storm, a burst of push/pulls).
+LISTEN_BACKLOG = 1024
 #: memberlist's udpRecvBufSize: asked for, halving until the kernel accepts.
 UDP_RECEIVE_BUFFER = 2 * 1024 * 1024
 
@@ -222,7 +224,9 @@ class NetTransport:
             udp = self.reactor.listenUDP(self.port, _Datagrams(handler), interface=interface, maxPacketSize=UDP_RECEIVE_SIZE)
             port = udp.getHost().port
             try:
-                tcp = self.reactor.listenTCP(port, _InboundFactory(handler, self.reactor, self.tcp_timeout), interface=interface)
+                tcp = self.reactor.listenTCP(
+                    port, _InboundFactory(handler, self.reactor, self.tcp_timeout), backlog=LISTEN_BACKLOG, interface=interface
+                )
             except error.CannotListenError:
                 udp.stopListening()
                 if attempt + 1 == attempts:

@@ -26,6 +26,10 @@ from flyteserf.wire.messages import MessageType
 #: How deep compound and compress may nest inside one another.  Go recurses
 #: without a bound; real senders use at most compress(compound(...)).
 MAX_NESTING = 4
+#: The most a datagram may expand to.  Senders pack at most 1400 bytes
+#: before compressing, so 1 MiB is far above anything real, and it bounds
+#: the CPU a decompression bomb can cost (Go allows 40 MiB per layer).
+MAX_PACKET_EXPANSION = 1 << 20
 
 
 def encode_packet(
@@ -91,7 +95,7 @@ def _unwrap(buf: bytes, out: PacketContents, depth: int) -> None:
     elif kind == MessageType.COMPRESS:
         if depth >= MAX_NESTING:
             raise DecodeError("compress nested too deep")
-        _unwrap(decompress_message(buf), out, depth + 1)
+        _unwrap(decompress_message(buf, MAX_PACKET_EXPANSION), out, depth + 1)
     elif kind == MessageType.HAS_CRC:
         raise DecodeError("hasCrc is only valid as the outermost layer")
     else:
