@@ -32,6 +32,8 @@ from flyteserf.memberlist.config import PROFILES, MemberlistConfig
 from flyteserf.memberlist.delegates import Address
 from flyteserf.rpc.interfaces import IRPCAgent
 from flyteserf.serf.config import SerfConfig
+from flyteserf.serf.errors import SerfError
+from flyteserf.serf.internal_query import INTERNAL_QUERY_PREFIX
 from flyteserf.serf.events import Member
 from flyteserf.serf.keymanager import KeyResponse
 from flyteserf.serf.query import QueryParam, QueryResponse
@@ -281,7 +283,13 @@ class Agent(service.MultiService):
         finish_when_all_responded: bool = False,
     ) -> QueryResponse:
         """Start a query; the result yields acks and responses as they come, and
-        ``when_done()`` fires at the deadline (or once everyone answered, if asked)."""
+        ``when_done()`` fires at the deadline (or once everyone answered, if asked).
+
+        Names starting ``_serf_`` are serf's own, refused as ``serf agent``
+        refuses them (except ``_serf_ping`` with no payload: ``serf reachability``).
+        """
+        if name.startswith(INTERNAL_QUERY_PREFIX) and (name != INTERNAL_QUERY_PREFIX + "ping" or payload):
+            raise SerfError(f"Queries cannot contain the '{INTERNAL_QUERY_PREFIX}' prefix")
         params = QueryParam(
             filter_nodes=tuple(filter_nodes),
             filter_tags=dict(filter_tags or {}),
