@@ -9,5 +9,5 @@ RUN pip install --no-cache-dir --root-user-action=ignore . \
 
 WORKDIR /
 # Serf gossip: UDP and TCP.
-EXPOSE 7946/tcp 7946/udp
+EXPOSE 7946/tcp 7946/udp 8090/tcp
 ENTRYPOINT ["twist", "flyteserf"]
