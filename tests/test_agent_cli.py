@@ -161,3 +161,31 @@ class CLIAgainstOurAgentTests(unittest.TestCase):
             return any(m["name"] == "py" and m["status"] == "left" for m in members)
 
         yield eventually(go_sees_left)
+
+    @inlineCallbacks
+    def test_serfclient(self) -> Any:
+        """PyPI's serfclient, a second RPC client, against our agent."""
+        from serfclient import SerfClient
+        from twisted.internet.threads import deferToThread
+
+        def calls() -> dict[str, Any]:
+            client = SerfClient(host="127.0.0.1", port=self.rpc_port)
+            try:
+                return {
+                    "members": client.members().body,
+                    "event": client.event("from-serfclient", "hi", coalesce=False).head,
+                    "stats": client.stats().body,
+                    "force_leave": client.force_leave("nobody").head,
+                }
+            finally:
+                client.close()
+
+        seen: list[Any] = []
+        self.agent.on_user_event("from-serfclient", seen.append)
+        result = yield deferToThread(calls)
+        self.assertEqual({m["Name"] for m in result["members"]["Members"]}, {"go", "py"})
+        self.assertEqual(result["stats"]["agent"], {"name": "py"})
+        for head in (result["event"], result["force_leave"]):
+            self.assertEqual(head["Error"], "")
+        yield eventually(lambda: bool(seen))
+        self.assertEqual(seen[0].payload, b"hi")
