@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import base64
 import json
 import os
@@ -9,8 +11,9 @@ from typing import Any
 
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import inlineCallbacks
-from twisted.internet.task import deferLater
 from twisted.trial import unittest
+
+from flyteserf.testing import polling
 
 from flyteserf import Agent, AgentConfig, Keyring
 from flyteserf.testing.serf_binary import SerfAgentProcess, find_free_port, find_serf_binary, start_serf_agent
@@ -19,16 +22,7 @@ from flyteserf.wire.keyring import load_keyring_file, save_keyring_file
 reactor: Any = _reactor
 
 
-@inlineCallbacks
-def eventually(check: Any, deadline: float = 60.0) -> Any:
-    end = reactor.seconds() + deadline
-    while True:
-        result = yield check()
-        if result:
-            return result
-        if reactor.seconds() > end:
-            raise AssertionError(f"not reached within {deadline} s")
-        yield deferLater(reactor, 0.1, lambda: None)
+eventually = partial(polling.poll, reactor)
 
 
 class CLIAgainstOurAgentTests(unittest.TestCase):
@@ -189,3 +183,11 @@ class CLIAgainstOurAgentTests(unittest.TestCase):
             self.assertEqual(head["Error"], "")
         yield eventually(lambda: bool(seen))
         self.assertEqual(seen[0].payload, b"hi")
+
+    @inlineCallbacks
+    def test_join_by_host_name_with_node_prefix(self) -> Any:
+        """``[name/]host[:port]`` with a host name, resolved when the join runs."""
+        late = yield start_serf_agent(self, reactor, node="late", extra_args=[f"-encrypt={self.key}"])
+        joined = yield self.agent.join([f"late/localhost:{late.bind_port}"])
+        self.assertEqual(joined, 1)
+        yield eventually(lambda: any(m.name == "late" and m.status.label == "alive" for m in self.agent.members()))

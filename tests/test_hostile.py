@@ -26,6 +26,8 @@ address are never sent.  Durations are never asserted; deadlines are generous.
 
 from __future__ import annotations
 
+from functools import partial
+
 import base64
 import collections
 import ipaddress
@@ -33,7 +35,7 @@ import os
 import random
 import re
 import socket
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from typing import Any, cast
 
 from hypothesis import HealthCheck, given, settings
@@ -43,10 +45,12 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, DeferredList, fail, gatherResults, inlineCallbacks, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import ILogObserver, Logger, formatEvent, globalLogPublisher
 from twisted.trial import unittest
+
+from flyteserf.testing import polling
 
 from flyteserf.memberlist.config import MemberlistConfig
 from flyteserf.memberlist.delegates import Address
@@ -643,21 +647,10 @@ ALLOWED_DESTINATIONS = frozenset({"127.0.0.1", "::1"})
 SUSPECTED_US = re.compile(r"Suspect py has failed|Marking py as failed|EventMember(Failed|Leave|Reap): py\b")
 
 
-def sleep(seconds: float) -> Deferred[None]:
-    return deferLater(reactor, seconds, lambda: None)
+sleep = partial(polling.sleep, reactor)
 
 
-@inlineCallbacks
-def poll(check: Callable[[], Any], deadline: float = 60.0, interval: float = 0.2) -> Generator[Deferred[Any], Any, Any]:
-    """Call *check* (may return a Deferred) until it is truthy; fail after *deadline*."""
-    end = reactor.seconds() + deadline
-    while True:
-        result = yield check()
-        if result:
-            return result
-        if reactor.seconds() > end:
-            raise AssertionError(f"condition not met within {deadline} s: {check}")
-        yield sleep(interval)
+poll = partial(polling.poll, reactor)
 
 
 def cluster_compatible(vsn: bytes) -> bool:

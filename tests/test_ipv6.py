@@ -8,19 +8,23 @@ normalisation tests need no socket at all.
 
 from __future__ import annotations
 
+from functools import partial
+
 import ipaddress
 import os
 import random
 import socket
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from typing import Any
 
 from twisted.internet import error
 from twisted.internet import reactor as _reactor
 from twisted.internet.address import IPv6Address
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.trial import unittest
+
+from flyteserf.testing import polling
 
 from flyteserf.memberlist.config import MemberlistConfig
 from flyteserf.memberlist.delegates import Address
@@ -68,21 +72,10 @@ def require_ipv6_loopback() -> None:
     raise unittest.SkipTest(problem)
 
 
-def sleep(seconds: float) -> Deferred[None]:
-    return deferLater(reactor, seconds, lambda: None)
+sleep = partial(polling.sleep, reactor)
 
 
-@inlineCallbacks
-def poll(check: Callable[[], Any], deadline: float = DEADLINE, interval: float = 0.1) -> Generator[Deferred[Any], Any, Any]:
-    """Call *check* (may return a Deferred) until it is truthy; fail after *deadline*."""
-    end = reactor.seconds() + deadline
-    while True:
-        result = yield check()
-        if result:
-            return result
-        if reactor.seconds() > end:
-            raise AssertionError(f"condition not met within {deadline} s: {check}")
-        yield sleep(interval)
+poll = partial(polling.poll, reactor)
 
 
 def alive_at(node: Memberlist, name: str, host: str, port: int) -> bool:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import base64
 import os
 import statistics
-from typing import Any, Callable
+from typing import Any
 
 from twisted.internet import reactor as _reactor
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
-from twisted.internet.task import deferLater
+from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.trial import unittest
+
+from flyteserf.testing import polling
 
 from flyteserf.memberlist.memberlist import Memberlist
 from flyteserf.memberlist.service import TagsDelegate, build_memberlist
@@ -23,21 +26,10 @@ KEY = base64.b64encode(os.urandom(32)).decode()
 DEADLINE = 60.0
 
 
-def sleep(seconds: float) -> Deferred[None]:
-    return deferLater(reactor, seconds, lambda: None)
+sleep = partial(polling.sleep, reactor)
 
 
-@inlineCallbacks
-def poll(check: Callable[[], Any], deadline: float = DEADLINE, interval: float = 0.1) -> Any:
-    """Call *check* (may return a Deferred) until it is truthy; fail after *deadline*."""
-    end = reactor.seconds() + deadline
-    while True:
-        result = yield check()
-        if result:
-            return result
-        if reactor.seconds() > end:
-            raise AssertionError(f"condition not met within {deadline} s: {check}")
-        yield sleep(interval)
+poll = partial(polling.poll, reactor)
 
 
 class ClusterMixin:

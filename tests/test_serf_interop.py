@@ -8,6 +8,8 @@ never assert how long something took.
 
 from __future__ import annotations
 
+from functools import partial
+
 import base64
 import json
 import os
@@ -15,9 +17,10 @@ import stat
 from typing import Any, Callable
 
 from twisted.internet import reactor as _reactor
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
-from twisted.internet.task import deferLater
+from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.trial import unittest
+
+from flyteserf.testing import polling
 
 from flyteserf.serf.config import SerfConfig
 from flyteserf.serf.events import Event, EventType, MemberEvent, UserEvent
@@ -44,21 +47,10 @@ echo "$SERF_EVENT|$SERF_USER_EVENT|$payload" >> "{log}"
 """
 
 
-def sleep(seconds: float) -> Deferred[None]:
-    return deferLater(reactor, seconds, lambda: None)
+sleep = partial(polling.sleep, reactor)
 
 
-@inlineCallbacks
-def poll(check: Callable[[], Any], deadline: float = DEADLINE, interval: float = 0.2) -> Any:
-    """Call *check* (it may return a Deferred) until it is truthy; fail after *deadline*."""
-    end = reactor.seconds() + deadline
-    while True:
-        result = yield check()
-        if result:
-            return result
-        if reactor.seconds() > end:
-            raise AssertionError(f"condition not met within {deadline} s: {check}")
-        yield sleep(interval)
+poll = partial(polling.poll, reactor)
 
 
 class InteropMixin:
