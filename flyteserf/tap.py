@@ -42,6 +42,7 @@ from flyteserf.addresses import AddressError, format_host_port, parse_host_port
 from flyteserf.agent.agent import Agent, AgentConfig
 from flyteserf.agent.health import health_service
 from flyteserf.agent.scripts import parse_handler_spec
+from flyteserf.rpc.service import RPCService
 from flyteserf.serf.config import USER_EVENT_SIZE_LIMIT
 from flyteserf.wire.keyring import Keyring, KeyringError, load_keyring_file
 
@@ -988,8 +989,6 @@ def agent_config(
         retry_interval=config.retry_interval,
         retry_max=config.retry_max,
         user_event_size_limit=config.user_event_size_limit,
-        rpc_addr=config.rpc_addr,
-        rpc_auth=config.rpc_auth,
         event_handlers=config.event_handlers,
         leave_on_stop=True,
         leave_timeout=LEAVE_TIMEOUT,
@@ -1231,6 +1230,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     # An RPC "serf leave" ends the program, as it ends a serf agent.
     agent.exit_on_leave = True
     agent.log_ring.min_level = level
+    if config.rpc_addr is not None:
+        agent.attach(RPCService(reactor, agent, config.rpc_addr, config.rpc_auth))
     after: list[service.IService] = []
     if config.health_port:
         after.append(health_service(reactor, config.health_port, config.bind[0]))

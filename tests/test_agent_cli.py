@@ -16,6 +16,7 @@ from twisted.trial import unittest
 from flyteserf.testing import polling
 
 from flyteserf import Agent, AgentConfig, Keyring
+from flyteserf.rpc.service import RPCService
 from flyteserf.testing.serf_binary import SerfAgentProcess, find_free_port, find_serf_binary, start_serf_agent
 from flyteserf.wire.keyring import load_keyring_file, save_keyring_file
 
@@ -43,12 +44,12 @@ class CLIAgainstOurAgentTests(unittest.TestCase):
             tags={"role": "py", "dc": "eu"},
             keyring=load_keyring_file(self.keyring_file),
             keyring_file=self.keyring_file,
-            rpc_addr=("127.0.0.1", self.rpc_port),
             start_join=(self.go.bind_address,),
             coalesce=False,
             leave_on_stop=False,
         )
         self.agent = Agent(config, reactor)
+        self.agent.attach(RPCService(reactor, self.agent, ("127.0.0.1", self.rpc_port)))
         self.agent.on_query("status", lambda q: b"py is fine")
         yield self.agent.startService()
         self.addCleanup(lambda: self.agent.stopService() if self.agent.running else None)

@@ -609,8 +609,6 @@ class AgentConfigTests(SynchronousTestCase):
         self.assertEqual(agent.retry_max, 2)
         self.assertEqual(agent.tags, {"role": "flyte-serf", "dc": "eu"})
         self.assertEqual(agent.profile, "local")
-        self.assertEqual(agent.rpc_addr, ("127.0.0.1", 7005))
-        self.assertEqual(agent.rpc_auth, "tok")
         self.assertEqual(agent.event_handlers, ("user=cat",))
         self.assertEqual(agent.snapshot_path, snapshot)
         self.assertTrue(agent.rejoin_after_leave)
@@ -626,8 +624,17 @@ class AgentConfigTests(SynchronousTestCase):
         self.assertEqual(agent.advertise, ("10.1.2.3", 7010))
         self.assertIsNone(agent_config(parse(["--bind=127.0.0.1"])).advertise)
 
-    def test_rpc_off(self) -> None:
-        self.assertIsNone(agent_config(parse(["--rpc-addr=off", "--bind=127.0.0.1"])).rpc_addr)
+    def test_rpc_service_attached(self) -> None:
+        """--rpc-addr attaches an RPC listener to the agent; off attaches none."""
+        from flyteserf.rpc.service import RPCService
+
+        options = Options(environ={})
+        options.parseOptions(["--bind=127.0.0.1:0", "--rpc-addr=127.0.0.1:7005", "--rpc-auth=tok", "--health-port=0"])
+        node = makeService(options).getServiceNamed("node")
+        assert isinstance(node, tap._StopOnFailure) and isinstance(node.node, Agent)
+        [rpc] = node.node.attached
+        assert isinstance(rpc, RPCService)
+        self.assertEqual((rpc.address, rpc.auth), (("127.0.0.1", 7005), "tok"))
 
     def test_encrypt_key(self) -> None:
         agent = agent_config(parse(["--encrypt", KEY16, "--bind=127.0.0.1"]))
@@ -912,7 +919,7 @@ class ServiceTests(TestCase):
         assert isinstance(node, tap._StopOnFailure)
         self.assertEqual(node.after, ())
         assert isinstance(node.node, Agent)
-        self.assertIsNone(node.node.config.rpc_addr)
+        self.assertEqual(node.node.attached, ())
 
 
 class PluginTests(SynchronousTestCase):

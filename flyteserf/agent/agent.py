@@ -17,10 +17,8 @@ from typing import Any, Callable, Mapping, Sequence
 import attrs
 from twisted.application import service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, globalLogPublisher
-from zope.interface import implementer
 
 from flyteserf import __version__
 from flyteserf.addresses import format_host_port
@@ -30,7 +28,6 @@ from flyteserf.agent.logring import LogRing
 from flyteserf.agent.scripts import ScriptEventSink
 from flyteserf.memberlist.config import PROFILES, MemberlistConfig
 from flyteserf.memberlist.delegates import Address
-from flyteserf.rpc.interfaces import IRPCAgent
 from flyteserf.serf.config import SerfConfig
 from flyteserf.serf.errors import SerfError
 from flyteserf.serf.internal_query import INTERNAL_QUERY_PREFIX
@@ -66,9 +63,6 @@ class AgentConfig:
     #: 0 = retry for ever.
     retry_max: int = 0
     user_event_size_limit: int = 512
-    #: RPC listener for the ``serf`` CLI; None = no RPC.
-    rpc_addr: Address | None = None
-    rpc_auth: str = ""
     #: ``[filter=]script`` specs, as ``serf agent -event-handler``.
     event_handlers: tuple[str, ...] = ()
     #: Agent-level coalescing of member events and ``coalesce=True`` user
@@ -98,9 +92,13 @@ class AgentConfig:
         return config
 
 
-@implementer(IRPCAgent)
 class Agent(service.MultiService):
-    """One serf node, its handlers, scripts and RPC server, as a Twisted service."""
+    """One serf node, its handlers and scripts, as a Twisted service.
+
+    It offers what :class:`flyteserf.rpc.interfaces.IRPCAgent` asks, so an
+    :class:`flyteserf.rpc.service.RPCService` can be :meth:`attach`-ed to
+    serve the ``serf`` CLI.
+    """
 
     log = Logger()
 
@@ -114,7 +112,7 @@ class Agent(service.MultiService):
         self.scripts: ScriptEventSink | None = None
         self._subscribers: dict[int, Callable[[Any], object]] = {}
         self._next_subscriber = 0
-        self._rpc_port: IListeningPort | None = None
+        self._attached: list[service.IService] = []
         self._retry: LoopingCall | None = None
         self._stopped: Deferred[None] | None = None
         #: After an RPC ``leave`` stop the reactor (``twist flyteserf``), not just this service.
@@ -144,12 +142,8 @@ class Agent(service.MultiService):
             "flyteserf agent {node} gossiping on {address} (encrypted: {encrypted})",
             node=cfg.node_name, address=format_host_port(host, port), encrypted=self.serf.encryption_enabled(),
         )
-        if cfg.rpc_addr is not None:
-            from flyteserf.rpc.server import RPCFactory
-
-            factory = RPCFactory(self.reactor, self, cfg.rpc_auth)
-            self._rpc_port = self.reactor.listenTCP(cfg.rpc_addr[1], factory, interface=cfg.rpc_addr[0])
-            self.log.info("RPC listening on {address}", address=format_host_port(*cfg.rpc_addr))
+        for child in self._attached:
+            child.startService()
         if cfg.retry_join:
             self._start_retry_join()
         if not cfg.start_join:
@@ -173,12 +167,24 @@ class Agent(service.MultiService):
                 await serf.leave().addTimeout(self.config.leave_timeout, self.reactor)
             except Exception as e:
                 self.log.warn("Graceful leave did not finish: {error}", error=str(e) or type(e).__name__)
-        if self._rpc_port is not None:
-            await maybeDeferred(self._rpc_port.stopListening)
-            self._rpc_port = None
+        for child in reversed(self._attached):
+            if child.running:
+                await maybeDeferred(child.stopService)
         if serf is not None:
             await serf.shutdown()
         globalLogPublisher.removeObserver(self.log_ring)
+
+    def attach(self, child: service.IService) -> None:
+        """Run *child* with the node: started once the node gossips (before the
+        start joins), stopped before it leaves the network.  The RPC listener
+        is attached this way."""
+        self._attached.append(child)
+        if self.serf is not None and self.running:
+            child.startService()
+
+    @property
+    def attached(self) -> tuple[service.IService, ...]:
+        return tuple(self._attached)
 
     def stop_agent(self) -> None:
         """After an RPC ``leave``: stop this service, or the program when it is ours."""
