@@ -43,7 +43,7 @@ from hypothesis import strategies as st
 from twisted.internet import error, protocol
 from twisted.internet import reactor as _reactor
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, DeferredList, fail, gatherResults, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, gatherResults, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -51,6 +51,7 @@ from twisted.logger import ILogObserver, Logger, formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from flyteserf.testing import polling
+from flyteserf.testing.transport import RecordingTransport
 
 from flyteserf.memberlist.config import MemberlistConfig
 from flyteserf.memberlist.delegates import Address
@@ -317,21 +318,6 @@ push_node_states = st.builds(
 # --- an in-memory node -----------------------------------------------------------------
 
 
-class RecordingTransport:
-    """Keeps every datagram memberlist sends; stream exchanges are refused."""
-
-    def __init__(self) -> None:
-        self.local_address: Address = ("10.0.0.1", 7946)
-        self.packets: list[tuple[bytes, Address]] = []
-
-    def send_packet(self, data: bytes, addr: Address) -> None:
-        self.packets.append((data, addr))
-
-    def stream_exchange(self, addr: Address, data: bytes, reader: StreamReader, timeout: float) -> Deferred[Any]:
-        return fail(error.ConnectionRefusedError("no streams in this test"))
-
-    def stop(self) -> Deferred[None]:
-        return succeed(None)
 
 
 class MemoryNode:

@@ -17,17 +17,18 @@ import socket
 from collections.abc import Generator
 from typing import Any
 
-from twisted.internet import error
+
 from twisted.internet import reactor as _reactor
 from twisted.internet.address import IPv6Address
-from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from flyteserf.testing import polling
+from flyteserf.testing.transport import RecordingTransport
 
 from flyteserf.memberlist.config import MemberlistConfig
-from flyteserf.memberlist.delegates import Address
+
 from flyteserf.memberlist.memberlist import Memberlist
 from flyteserf.memberlist.service import TagsDelegate, build_memberlist
 from flyteserf.memberlist.transport import host_of
@@ -160,19 +161,6 @@ class IPv6NodeTests(unittest.TestCase):
         self.assertEqual(ours.counters["dropped_packets_malformed"], 0)
 
 
-class RecordingTransport:
-    def __init__(self) -> None:
-        self.local_address: Address = ("10.0.0.1", 7946)
-        self.packets: list[tuple[bytes, Address]] = []
-
-    def send_packet(self, data: bytes, addr: Address) -> None:
-        self.packets.append((data, addr))
-
-    def stream_exchange(self, addr: Address, data: bytes, reader: StreamReader, timeout: float) -> Deferred[Any]:
-        return fail(error.ConnectionRefusedError("no streams here"))
-
-    def stop(self) -> Deferred[None]:
-        return succeed(None)
 
 
 class AddressNormalisationTests(unittest.SynchronousTestCase):

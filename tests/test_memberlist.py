@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
@@ -24,6 +23,7 @@ from flyteserf.memberlist.delegates import (
 from flyteserf.memberlist.memberlist import JoinError, Memberlist
 from flyteserf.memberlist.service import TagsDelegate, build_memberlist
 from flyteserf.memberlist.state import Node
+from flyteserf.testing.transport import RecordingTransport
 from flyteserf.testing.network import MemoryNetwork
 from flyteserf.wire.messages import (
     DEFAULT_VSN,
@@ -38,7 +38,7 @@ from flyteserf.wire.messages import (
     decode_message,
     ip_to_wire,
 )
-from flyteserf.wire.packet import decode_packet
+
 from flyteserf.wire.serf_messages import UserEvent
 
 
@@ -193,30 +193,6 @@ class ClusterTests(unittest.TestCase):
         cluster.run_until(lambda: all(cluster.state_of(i, "n1") == NodeState.LEFT for i in (0, 2, 3)), limit=10)
 
 
-class RecordingTransport:
-    """A transport that keeps what memberlist sends."""
-
-    def __init__(self) -> None:
-        self.packets: list[tuple[bytes, tuple[str, int]]] = []
-        self.local_address = ("10.0.0.1", 7946)
-
-    def send_packet(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.packets.append((data, addr))
-
-    def stream_exchange(self, addr: Any, data: bytes, reader: Any, timeout: float) -> Deferred[Any]:
-        return Deferred()
-
-    def stop(self) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
-        d.callback(None)
-        return d
-
-    def messages(self) -> list[Any]:
-        out = []
-        for data, _ in self.packets:
-            for m in decode_packet(data).messages:
-                out.append(m if m[0] == 8 else decode_message(m))
-        return out
 
 
 class RuleTests(unittest.TestCase):
