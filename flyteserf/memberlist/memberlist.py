@@ -177,8 +177,10 @@ class Memberlist:
         if self.config.gossip_interval > 0:
             self._schedule("gossip", self.config.gossip_interval, self._gossip_tick)
         if self.config.push_pull_interval > 0:
-            stagger = self.rng.random() * self.config.push_pull_interval
-            self._schedule("push_pull", stagger, self._push_pull_tick)
+            # Go waits a random stagger, then starts its ticker: the first
+            # periodic push/pull comes one interval after the stagger.
+            interval = self.config.push_pull_interval
+            self._schedule("push_pull", self.rng.random() * interval + interval, self._push_pull_tick)
 
     def shutdown(self) -> Deferred[None]:
         """Stop every loop and the transport (no leave)."""

@@ -172,7 +172,9 @@ class MemberTable:
         else:
             self.log.warn("Bad state when leave: {status}", status=member.status.label)
             return
-        self.log.info("{event}: {name} {addr}", event=etype.value, name=member.name, addr=member.addr)
+        # Go's wording, so what greps serf's log finds ours too.
+        label = "EventMemberLeave" if etype == EventType.MEMBER_LEAVE else "EventMemberFailed"
+        self.log.info("{label}: {name} {addr}", label=label, name=member.name, addr=member.addr)
         self.emit(MemberEvent(etype, (member.member(),)))
 
     def node_update(self, node: Node) -> None:
