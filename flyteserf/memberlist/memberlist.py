@@ -163,6 +163,8 @@ class Memberlist:
         self.awareness = Awareness(self.config.awareness_max_multiplier)
         self.broadcasts = TransmitLimitedQueue(lambda: self._num_nodes, self.config.retransmit_mult)
         self._timers: dict[str, IDelayedCall] = {}
+        #: Stream exchanges under way (push/pull, TCP pings), cancelled at shutdown.
+        self._exchanges: set[Deferred[Any]] = set()
         self._running = False
         self.leaving = False
         self._leave_waiter: Deferred[None] | None = None
@@ -196,6 +198,8 @@ class Memberlist:
         for s in self._suspicions.values():
             s.cancel()
         self._suspicions.clear()
+        for d in list(self._exchanges):
+            d.cancel()
         return self.transport.stop()
 
     def _schedule(self, name: str, delay: float, fn: Callable[[], None]) -> None:
@@ -462,7 +466,7 @@ class Memberlist:
         """Exchange full state with *addr* and merge its answer."""
         self.count("push_pull_out")
         data = self.encode_stream(self._local_push_pull(join))
-        d = self.transport.stream_exchange(addr, data, self.new_stream_reader(), self.config.tcp_timeout)
+        d = self._exchange(addr, data, self.config.tcp_timeout)
 
         def merge(reply: StreamMessage | None) -> None:
             if isinstance(reply, ErrResp):
@@ -472,6 +476,17 @@ class Memberlist:
             self.merge_remote_state(reply)
 
         return d.addCallback(merge)
+
+    def _exchange(self, addr: Address, data: bytes, timeout: float) -> Deferred[StreamMessage | None]:
+        """A stream exchange that :meth:`shutdown` cancels if it is still under way."""
+        d = self.transport.stream_exchange(addr, data, self.new_stream_reader(), timeout)
+        self._exchanges.add(d)
+
+        def done(result: Any) -> Any:
+            self._exchanges.discard(d)
+            return result
+
+        return d.addBoth(done)
 
     def merge_remote_state(self, remote: PushPullStream) -> None:
         self._verify_protocol(remote.states)
@@ -713,9 +728,7 @@ class Memberlist:
                 self._send_with_piggyback(peer.address, req.encode())
             if not cfg.disable_tcp_pings and node.pmax >= 3:
                 remaining = max(0.001, sent + interval - self.reactor.seconds())
-                d = self.transport.stream_exchange(
-                    node.address, self.encode_stream(self._ping(seq, node.name).encode()), self.new_stream_reader(), remaining
-                )
+                d = self._exchange(node.address, self.encode_stream(self._ping(seq, node.name).encode()), remaining)
 
                 def tcp_done(reply: Any) -> None:
                     tcp_result.append(isinstance(reply, AckResp) and reply.seq_no == seq)
@@ -725,7 +738,9 @@ class Memberlist:
                 d.addBoth(lambda _: tcp_pending.remove(d) if d in tcp_pending else None)
 
         self._set_ack_handler(seq, on_ack, on_nack, interval, handler_expired)
-        timers.append(self.reactor.callLater(cfg.probe_timeout, direct_timed_out))
+        direct = self.reactor.callLater(cfg.probe_timeout, direct_timed_out)
+        timers.append(direct)
+        self._timers[f"probe-{seq}"] = direct
         ping = self._ping(seq, node.name).encode()
         if node.state == NodeState.ALIVE:
             self._send_with_piggyback(node.address, ping)
@@ -735,6 +750,7 @@ class Memberlist:
                 self._raw_send(node.address, packet, node)
 
         def cleanup(result: Any) -> Any:
+            self._timers.pop(f"probe-{seq}", None)
             handler = self._acks.pop(seq, None)
             if handler is not None and handler.timer.active():
                 handler.timer.cancel()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from typing import Any, Callable, Protocol as TypingProtocol
+from typing import Any, Protocol as TypingProtocol
 
 from twisted.internet import error, protocol
 from twisted.internet.defer import Deferred, succeed
@@ -251,13 +251,21 @@ class NetTransport:
     def stream_exchange(
         self, addr: Address, data: bytes, reader: StreamReader, timeout: float
     ) -> Deferred[StreamMessage | None]:
-        result: Deferred[StreamMessage | None] = Deferred()
+        connectors: list[Any] = []
+
+        def cancel(_: Deferred[Any]) -> None:
+            # Cancelling (shutdown, a timeout) drops the connection too.
+            for c in connectors:
+                c.disconnect()
+
+        result: Deferred[StreamMessage | None] = Deferred(cancel)
         factory = _ExchangeFactory(data, reader, result)
         connector = self.reactor.connectTCP(addr[0], addr[1], factory, timeout=timeout)
+        connectors.append(connector)
         if self._handler is not None:
             self._handler.count("streams_out")
             self._handler.count("bytes_out", len(data))
-        result.addTimeout(timeout, self.reactor, onTimeoutCancel=lambda r, t: _disconnect(connector, r))
+        result.addTimeout(timeout, self.reactor)
         return result
 
     def stop(self) -> Deferred[None]:
@@ -292,12 +300,3 @@ def _grow_receive_buffer(port: Any) -> None:
             return
         except OSError:
             size //= 2
-
-
-def _disconnect(connector: Any, result: Any) -> Any:
-    connector.disconnect()
-    return result
-
-
-def _unused(*_: Callable[..., Any]) -> None:  # pragma: no cover
-    pass
