@@ -32,14 +32,24 @@ with the ratio ours / Go:
    looked up in time is reported as unattributed.  Bytes are whole
    loopback frames (14-byte Ethernet header + IP + UDP/TCP + payload), as
    the kernel's lo counters count them.
-3. kill -9 detection: kill -9 the last Go agent, time until every survivor
+3. Serf layer, over RPC (when ours have ``--rpc-addr``): an RPC ``stream``
+   of user events is held open on every process, Go and ours; go0 then py0
+   each send ``--events`` user events (Coalesce=false, ``--event-gap`` s
+   apart) through their ``event`` RPC, as ``serf event -coalesce=false``
+   does.  Per event, the time from the send to the last Go process's and
+   the last of ours' stream record; medians over the events, per origin.
+   Then go0 and py0 each run ``--queries`` queries with RequestAck (Timeout
+   ``--query-timeout``); every process answers through the same event
+   handler, ``query=cat >/dev/null; echo ok``; times until all 2N acks and
+   all 2N responses have come back in the query RPC's records, medians.
+4. kill -9 detection: kill -9 the last Go agent, time until every survivor
    has declared it failed (Go: ``members`` status "failed"; ours: "Member
    failed: NAME" or "EventMemberFailed: NAME"); then the same for the last of
    ours.
 
 The Go agents are asked over their RPC port, with the msgpack protocol the
-``serf`` CLI speaks (``members``, ``join``), on one persistent connection
-each: forking the Go CLI 20 times a second per agent would load a 2-core
+``serf`` CLI speaks (``members``, ``join``, ``event``, ``stream``,
+``query``; ours speak the same), on one persistent connection each: forking the Go CLI 20 times a second per agent would load a 2-core
 box and skew what is measured.  Nothing is polled during the idle window.
 
 Every process is started in its own session (Ctrl-C reaches only the
@@ -48,7 +58,7 @@ after 10 s.
 All logs, the tcpdump text and the SYN watcher's findings are kept in a
 temporary directory, named at the start and the end, and the report lists
 warnings, errors, suspicions, failures and leaves logged about any node
-the bench did not kill.  A default run takes about two minutes.
+the bench did not kill.  A default run takes about 2 min 15 s.
 """
 
 from __future__ import annotations
@@ -81,6 +91,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from flyteserf.testing.serf_binary import find_free_port, find_serf_binary  # noqa: E402
 
 HOST = "127.0.0.1"
+#: Every process (Go and ours) answers queries with this event handler's output.
+QUERY_HANDLER = "cat >/dev/null; echo ok"  # reads the payload: /bin/echo alone gives Go EPIPE
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -122,6 +134,8 @@ class Proc:
         self.lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._terminated = False
+        self.rpc_port: int | None = None
+        self.rpc: SerfRPC | None = None
 
     @property
     def pid(self) -> int | None:
@@ -154,6 +168,23 @@ class Proc:
                     if event is not None:
                         self.events.append((t, *event))
         self.ended_at = now()
+
+    def connect(self, timeout: float = 15.0) -> None:
+        """One persistent RPC connection, kept as ``self.rpc``."""
+        if self.rpc_port is None:
+            raise BenchError(f"{self.name} has no RPC port")
+        deadline = now() + timeout
+        while True:
+            if not self.running:
+                raise BenchError(f"{self.name} exited:\n    {self.tail()}")
+            try:
+                self.rpc = SerfRPC(self.rpc_port)
+                return
+            except OSError:
+                if now() > deadline:
+                    raise BenchError(f"{self.name}: no RPC after {timeout:g}s:"
+                                     f"\n    {self.tail()}") from None
+                time.sleep(0.02)
 
     def events_since(self, t0: float) -> list[tuple[float, str, str]]:
         with self.lock:
@@ -214,32 +245,18 @@ class GoAgent(Proc):
     def __init__(self, name: str, port: int, rpc_port: int, serf: str, key: str | None,
                  log_dir: str) -> None:
         argv = [serf, "agent", f"-node={name}", f"-bind={HOST}:{port}",
-                f"-rpc-addr={HOST}:{rpc_port}", "-log-level=info"]
+                f"-rpc-addr={HOST}:{rpc_port}", "-log-level=info",
+                f"-event-handler=query={QUERY_HANDLER}"]
         if key:
             argv.append(f"-encrypt={key}")
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
         super().__init__("go", name, port, argv, env, log_dir)
         self.rpc_port = rpc_port
-        self.rpc: SerfRPC | None = None
 
     @staticmethod
     def parse(line: str) -> tuple[str, str] | None:
         m = _GO_EVENT.search(line)
         return (_GO_EVENT_KIND[m.group(1)], m.group(2)) if m else None
-
-    def connect(self, timeout: float = 15.0) -> None:
-        deadline = now() + timeout
-        while True:
-            if not self.running:
-                raise BenchError(f"serf agent {self.name} exited:\n    {self.tail()}")
-            try:
-                self.rpc = SerfRPC(self.rpc_port)
-                return
-            except OSError:
-                if now() > deadline:
-                    raise BenchError(f"serf agent {self.name}: no RPC after {timeout:g}s:"
-                                     f"\n    {self.tail()}") from None
-                time.sleep(0.02)
 
     def statuses(self) -> dict[str, str]:
         """name -> status, from the agent's ``members`` RPC."""
@@ -254,8 +271,12 @@ class OurNode(Proc):
         argv = [twist_command(), "--log-format=text", "flyteserf", "--node", name,
                 "--bind", f"{HOST}:{port}", "--join", f"{HOST}:{join_port}", "--profile", "lan"]
         options = twist_options()
+        rpc_port = None
         if "--rpc-addr" in options:  # an RPC port like the Go agents', never 7373
-            argv += ["--rpc-addr", f"{HOST}:{find_free_port(HOST)}"]
+            rpc_port = find_free_port(HOST)
+            argv += ["--rpc-addr", f"{HOST}:{rpc_port}"]
+        if "--event-handler" in options:  # the same query handler as the Go agents'
+            argv += ["--event-handler", f"query={QUERY_HANDLER}"]
         if "--health-port" in options:  # the Go agent has no health port
             argv += ["--health-port", "0"]
         if key:
@@ -263,6 +284,7 @@ class OurNode(Proc):
         env = {k: v for k, v in os.environ.items() if not k.startswith("SERF_")}
         env["PYTHONUNBUFFERED"] = "1"
         super().__init__("py", name, port, argv, env, log_dir)
+        self.rpc_port = rpc_port
         self.gossiping_at: float | None = None
 
     def parse(self, line: str) -> tuple[str, str] | None:
@@ -846,6 +868,205 @@ def detect(victim: Proc, go: list[GoAgent], ours: list[OurNode], poll: float,
     }
 
 
+class UserStream:
+    """An RPC ``stream`` of user events held open on one process; arrivals timestamped."""
+
+    def __init__(self, proc: Proc) -> None:
+        assert proc.rpc_port is not None
+        self.proc = proc
+        self.rpc = SerfRPC(proc.rpc_port)
+        self.rpc.call("stream", {"Type": "user"}, body=False)  # registered once this returns
+        self.rpc.sock.settimeout(0.2)
+        self.seen: dict[str, float] = {}  # event name -> first delivery
+        self.duplicates: list[str] = []
+        self.error = ""
+        self.lock = threading.Lock()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._read, name=f"stream-{proc.name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        header: Any = None
+        while not self._stopping:
+            try:
+                item = self.rpc._next()
+            except socket.timeout:
+                continue
+            except (OSError, ConnectionError, ValueError) as e:
+                if not self._stopping:
+                    self.error = f"{type(e).__name__}: {e}"
+                return
+            t = now()
+            if header is None:
+                header = item
+                if isinstance(header, dict) and header.get("Error"):
+                    self.error = f"stream record error: {header['Error']}"
+                continue
+            header = None
+            if not isinstance(item, dict) or item.get("Event") != "user":
+                self.error = f"unexpected stream record {item!r}"
+                continue
+            name = str(item.get("Name"))
+            with self.lock:
+                if name in self.seen:
+                    self.duplicates.append(name)
+                else:
+                    self.seen[name] = t
+
+    def has(self, names: Iterable[str]) -> bool:
+        with self.lock:
+            return all(n in self.seen for n in names)
+
+    def close(self) -> None:
+        self._stopping = True
+        self._thread.join(2)
+        self.rpc.close()
+
+
+def user_events(origins: Sequence[Proc], procs: list[Proc], count: int, gap: float,
+                timeout: float) -> dict[str, Any]:
+    """Coalesce=false user events from each origin; when each process's stream delivers them."""
+    streams: list[UserStream] = []
+    try:
+        for p in procs:
+            streams.append(UserStream(p))
+        time.sleep(0.2)
+        sent: dict[str, tuple[str, float]] = {}  # event name -> (origin, sent at)
+        for origin in origins:
+            assert origin.rpc is not None
+            for i in range(count):
+                name = f"bench-{origin.name}-{i}"
+                t = now()
+                origin.rpc.call("event", {"Name": name, "Payload": b"bench", "Coalesce": False},
+                                body=False)
+                sent[name] = (origin.name, t)
+                check_alive(procs)
+                time.sleep(max(0.0, t + gap - now()))
+        deadline = now() + timeout
+        while not all(s.has(sent) for s in streams) and now() < deadline:
+            check_alive(procs)
+            time.sleep(0.05)
+        time.sleep(0.3)  # duplicates, if any
+    finally:
+        for s in streams:
+            s.close()
+    result: dict[str, Any] = {"count": count, "gap": gap, "origins": [o.name for o in origins]}
+    missing: list[str] = []
+    for origin in origins:
+        per_kind: dict[str, list[float]] = {"go": [], "py": []}
+        medians: dict[str, list[float]] = {"go": [], "py": []}
+        for name, (sender, t) in sent.items():
+            if sender != origin.name:
+                continue
+            for kind in ("go", "py"):
+                times = []
+                for s in streams:
+                    if s.proc.kind != kind:
+                        continue
+                    if name in s.seen:
+                        times.append(s.seen[name] - t)
+                    else:
+                        missing.append(f"{s.proc.name} never delivered {name}")
+                if times and len(times) == sum(1 for s in streams if s.proc.kind == kind):
+                    per_kind[kind].append(max(times))
+                    medians[kind].append(statistics.median(times))
+        result[origin.name] = {
+            "last": {k: statistics.median(v) if len(v) == count else None
+                     for k, v in per_kind.items()},
+            "median": {k: statistics.median(v) if len(v) == count else None
+                       for k, v in medians.items()},
+            "spread": {k: (min(v), max(v)) if v else None for k, v in per_kind.items()},
+        }
+    result["missing"] = missing
+    result["duplicates"] = [f"{s.proc.name} delivered {name} again" for s in streams
+                            for name in s.duplicates]
+    result["errors"] = [f"{s.proc.name}: {s.error}" for s in streams if s.error]
+    return result
+
+
+def run_query(origin: Proc, name: str, timeout: float) -> dict[str, Any]:
+    """One query with acks over a fresh RPC connection; record arrival times."""
+    assert origin.rpc_port is not None
+    rpc = SerfRPC(origin.rpc_port, timeout=timeout + 10)
+    try:
+        seq, rpc.seq = rpc.seq, rpc.seq + 1
+        request = msgpack.packb({"Command": "query", "Seq": seq}) + msgpack.packb({
+            "FilterNodes": [], "FilterTags": {}, "RequestAck": True,
+            "Timeout": int(timeout * 1e9), "Name": name, "Payload": b"bench"})
+        t0 = now()
+        rpc.sock.sendall(request)
+        header = rpc._next()
+        if header.get("Error"):
+            raise BenchError(f"query from {origin.name}: {header['Error']}")
+        acks: dict[str, float] = {}
+        responses: dict[str, float] = {}
+        payloads: dict[str, Any] = {}
+        odd: list[str] = []
+        while True:
+            try:
+                header = rpc._next()
+                body = rpc._next()
+            except (OSError, ConnectionError) as e:
+                raise BenchError(f"query from {origin.name}: no 'done' record ({e})") from None
+            t = now() - t0
+            if header.get("Error"):
+                odd.append(f"record error {header['Error']!r}")
+            kind, sender = body.get("Type"), body.get("From")
+            if kind == "done":
+                done = t
+                break
+            target = acks if kind == "ack" else responses if kind == "response" else None
+            if target is None:
+                odd.append(f"unexpected record {body!r}")
+            elif sender in target:
+                odd.append(f"second {kind} from {sender}")
+            else:
+                target[sender] = t
+                if kind == "response":
+                    payloads[sender] = body.get("Payload")
+        return {"origin": origin.name, "acks": acks, "responses": responses,
+                "payloads": payloads, "done": done, "odd": odd}
+    finally:
+        rpc.close()
+
+
+def queries(origins: Sequence[Proc], procs: list[Proc], count: int, timeout: float
+            ) -> dict[str, Any]:
+    everyone = {p.name for p in procs}
+    result: dict[str, Any] = {"count": count, "timeout": timeout, "notes": []}
+    for origin in origins:
+        runs = []
+        for i in range(count):
+            check_alive(procs)
+            q = run_query(origin, f"bench-{origin.name}-{i}", timeout)
+            runs.append(q)
+            for kind in ("acks", "responses"):
+                lacking = sorted(everyone - set(q[kind]))
+                if lacking:
+                    result["notes"].append(f"query {i} from {origin.name}: no {kind[:-1]} from "
+                                           f"{', '.join(lacking)}")
+            strange = {f"{k}: {v!r}" for k, v in q["payloads"].items() if v != b"ok\n"}
+            if strange:
+                result["notes"].append(f"query {i} from {origin.name}: responses other than "
+                                       f"b'ok\\n': {', '.join(sorted(strange))}")
+            result["notes"] += [f"query {i} from {origin.name}: {o}" for o in q["odd"]]
+            time.sleep(0.3)
+
+        def all_in(q: dict[str, Any], kind: str) -> float | None:
+            return max(q[kind].values()) if set(q[kind]) >= everyone else None
+
+        def median(values: list[float | None]) -> float | None:
+            return None if any(v is None for v in values) else statistics.median(values)  # type: ignore[type-var]
+
+        result[origin.name] = {
+            "acks": median([all_in(q, "acks") for q in runs]),
+            "responses": median([all_in(q, "responses") for q in runs]),
+            "done": median([q["done"] for q in runs]),
+        }
+    return result
+
+
 # -- the report --------------------------------------------------------------
 
 
@@ -956,7 +1177,8 @@ def notable_lines(procs: list[Proc], t0: float, t_end: float
 
 
 def report(args: argparse.Namespace, conv: dict[str, Any], idl: dict[str, Any],
-           kills: list[dict[str, Any]], go: list[GoAgent], ours: list[OurNode]) -> str:
+           serf_layer: dict[str, Any], kills: list[dict[str, Any]], go: list[GoAgent],
+           ours: list[OurNode]) -> str:
     rows: list[tuple[str, str, str, str]] = []
     n2 = 2 * args.n
 
@@ -991,6 +1213,23 @@ def report(args: argparse.Namespace, conv: dict[str, Any], idl: dict[str, Any],
     idle_row("idle bytes/s sent per process", "bps", 0)
     idle_row("  of which TCP bytes/s (push/pull)", "tcp_bps", 0)
 
+    ev = serf_layer.get("events")
+    if ev is not None:
+        for origin in ev["origins"]:
+            who = "a Go agent" if origin.startswith("go") else "one of ours"
+            g, o = ev[origin]["last"]["go"], ev[origin]["last"]["py"]
+            rows.append((f"user event from {who} ({origin}): last to deliver (s)", fmt(g, 3),
+                         fmt(o, 3), ratio(o, g)))
+    qs = serf_layer.get("queries")
+    if qs is not None:
+        g_origin, o_origin = serf_layer["events"]["origins"]
+        for key in ("acks", "responses"):
+            g, o = qs[g_origin][key], qs[o_origin][key]
+            rows.append((f"query from {g_origin} / {o_origin}: all {n2} {key} (s)", fmt(g, 3),
+                         fmt(o, 3), ratio(o, g)))
+    else:
+        rows.append(("user events and queries", "n/a", "n/a", "n/a"))
+
     for k in kills:
         kind = "Go agent" if k["victim"].startswith("go") else "our node"
         g, o = med(k["go"]), med(k["ours"])
@@ -1022,6 +1261,33 @@ def report(args: argparse.Namespace, conv: dict[str, Any], idl: dict[str, Any],
     ]
     if idl.get("note"):
         notes.append(idl["note"])
+    if ev is not None:
+        o0, o1 = ev["origins"]
+        line = (f"user events: {ev['count']} from each origin, {ev['gap']:g} s apart, "
+                f"Coalesce=false, sent over the origin's RPC (`event`); delivery is when the "
+                f"record reaches an RPC `stream` (Type user) held open on every process; "
+                f"medians over the events of the last delivery, the Go column for Go processes "
+                f"and the ours column for ours (origin included). Median process: ")
+        line += "; ".join(
+            f"from {o}: Go {fmt(ev[o]['median']['go'], 3)}, ours {fmt(ev[o]['median']['py'], 3)}"
+            f" s; last per event from {o}: Go "
+            + "-".join(fmt(x, 3) for x in (ev[o]["spread"]["go"] or (None,)))
+            + ", ours " + "-".join(fmt(x, 3) for x in (ev[o]["spread"]["py"] or (None,))) + " s"
+            for o in (o0, o1)) + "."
+        notes.append(line)
+        for problem in ev["missing"][:10] + ev["duplicates"][:10] + ev["errors"][:10]:
+            notes.append(f"user events: {problem}")
+    if qs is not None:
+        notes.append(f"queries: {qs['count']} from each origin, RequestAck, Timeout "
+                     f"{qs['timeout']:g} s, every process answering with its event handler "
+                     f"`query={QUERY_HANDLER}`; times from the query RPC's records to the "
+                     f"origin, medians over the queries. Go column: origin {o0}; ours column: "
+                     f"origin {o1}. 'done' came after {fmt(qs[o0]['done'])} / "
+                     f"{fmt(qs[o1]['done'])} s.")
+        notes += [f"queries: {n}" for n in qs["notes"][:20]]
+    elif not serf_layer:
+        notes.append("user events and queries skipped: this checkout's twist flyteserf has "
+                     "no --rpc-addr")
     if "unattributed" in idl:
         pkts, byts = idl["unattributed"]
         conns, lost = idl["connections"]
@@ -1054,6 +1320,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "first push/pull comes 30 to 60 s after it starts")
     parser.add_argument("--poll-ms", type=float, default=50.0,
                         help="how often each Go agent's members are polled (50)")
+    parser.add_argument("--events", type=int, default=5,
+                        help="user events (Coalesce=false) sent from a Go agent, and from one "
+                             "of ours (5)")
+    parser.add_argument("--event-gap", type=float, default=1.0,
+                        help="seconds between two user events (1)")
+    parser.add_argument("--queries", type=int, default=3,
+                        help="queries with acks from a Go agent, and from one of ours (3)")
+    parser.add_argument("--query-timeout", type=float, default=2.5,
+                        help="each query's Timeout, in seconds (2.5)")
     parser.add_argument("--converge-timeout", type=float, default=30.0)
     parser.add_argument("--detect-timeout", type=float, default=60.0)
     args = parser.parse_args(argv)
@@ -1097,6 +1372,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         time.sleep(args.settle)
         print(f"idle for {args.idle_seconds:g} s ...", flush=True)
         idl = idle(procs, args.idle_seconds, log_dir)
+        serf_layer: dict[str, Any] = {}
+        if all(p.rpc_port is not None for p in procs):
+            for node in ours:
+                node.connect()
+            origins = (go[0], ours[0])
+            print(f"user events ({args.events} from {go[0].name}, {args.events} from "
+                  f"{ours[0].name}) ...", flush=True)
+            phases.append(f"user events from [{now() - STARTED:9.3f}]")
+            serf_layer["events"] = user_events(origins, procs, args.events, args.event_gap,
+                                               args.detect_timeout)
+            print(f"queries ({args.queries} from {go[0].name}, {args.queries} from "
+                  f"{ours[0].name}) ...", flush=True)
+            phases.append(f"queries from [{now() - STARTED:9.3f}]")
+            serf_layer["queries"] = queries(origins, procs, args.queries, args.query_timeout)
         kills = []
         for victim in (go[-1], ours[-1]):
             print(f"kill -9 {victim.name} ...", flush=True)
@@ -1104,7 +1393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             phases.append(f"kill -9 {victim.name} at [{(victim.killed_at or 0) - STARTED:9.3f}]")
         t_end = now()
         print()
-        print(report(args, conv, idl, kills, go, ours))
+        print(report(args, conv, idl, serf_layer, kills, go, ours))
         shown, expected = notable_lines(procs, conv["t0"], t_end)
         print(f"\nwarnings, errors, suspicions, failures and leaves logged, except "
               f"{expected} about the killed nodes (time from t=0):")
@@ -1128,7 +1417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, signal.SIG_IGN)  # a second Ctrl-C must not skip the cleanup
         for p in procs:
-            if isinstance(p, GoAgent) and p.rpc is not None:
+            if p.rpc is not None:
                 p.rpc.close()
         for p in procs:
             p.terminate()  # all at once, then wait for each

@@ -225,6 +225,7 @@ class Agent(service.MultiService):
 
     def _on_event(self, event: Any) -> None:
         """Every event serf delivers: scripts, handlers, RPC streams; never raises."""
+        self.log.info("Received event: {event}", event=str(event))
         if self.scripts is not None:
             self.scripts.handle(event)
         self.handlers.dispatch(event)
