@@ -56,7 +56,7 @@ from flyteserf.testing.transport import RecordingTransport
 from flyteserf.memberlist.config import MemberlistConfig
 from flyteserf.memberlist.delegates import Address
 from flyteserf.memberlist.memberlist import Memberlist
-from flyteserf.memberlist.service import TagsDelegate, build_memberlist
+from flyteserf.memberlist.build import TagsDelegate, build_memberlist
 from flyteserf.memberlist.state import Node
 from flyteserf.memberlist.transport import MAX_INBOUND_STREAMS, UDP_RECEIVE_BUFFER, _InboundFactory
 from flyteserf.testing.serf_binary import SerfAgentProcess, start_serf_agent

@@ -30,7 +30,7 @@ from flyteserf.testing.transport import RecordingTransport
 from flyteserf.memberlist.config import MemberlistConfig
 
 from flyteserf.memberlist.memberlist import Memberlist
-from flyteserf.memberlist.service import TagsDelegate, build_memberlist
+from flyteserf.memberlist.build import TagsDelegate, build_memberlist
 from flyteserf.memberlist.transport import host_of
 from flyteserf.testing.serf_binary import SerfAgentProcess, find_free_port, skip_unless_serf
 from flyteserf.wire.messages import (

@@ -21,7 +21,7 @@ from flyteserf.memberlist.delegates import (
     NullPings,
 )
 from flyteserf.memberlist.memberlist import JoinError, Memberlist
-from flyteserf.memberlist.service import TagsDelegate, build_memberlist
+from flyteserf.memberlist.build import TagsDelegate, build_memberlist
 from flyteserf.memberlist.state import Node
 from flyteserf.testing.transport import RecordingTransport
 from flyteserf.testing.network import MemoryNetwork

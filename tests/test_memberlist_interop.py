@@ -16,7 +16,7 @@ from twisted.trial import unittest
 from flyteserf.testing import polling
 
 from flyteserf.memberlist.memberlist import Memberlist
-from flyteserf.memberlist.service import TagsDelegate, build_memberlist
+from flyteserf.memberlist.build import TagsDelegate, build_memberlist
 from flyteserf.testing.serf_binary import SerfAgentProcess, start_serf_agent
 from flyteserf.wire.keyring import Keyring
 from flyteserf.wire.messages import NodeState

@@ -37,7 +37,7 @@ from zope.interface import implementer
 from flyteserf.addresses import AddressError, parse_host_port
 from flyteserf.memberlist.delegates import Address
 from flyteserf.memberlist.memberlist import Memberlist
-from flyteserf.memberlist.service import build_memberlist
+from flyteserf.memberlist.build import build_memberlist
 from flyteserf.memberlist.state import Node
 from flyteserf.serf.buffers import EventBuffer, QueryBuffer, too_old
 from flyteserf.serf.clock import LamportClock
