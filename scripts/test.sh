@@ -82,7 +82,9 @@ install_serf() {
 install_serf
 
 step "installing flyteserf (editable) with its test dependencies"
-"$PYTHON" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+# Debian's own python3 refuses pip outside a venv (PEP 668); as root on a test
+# machine we install anyway.  Other Pythons ignore the variable.
+PIP_BREAK_SYSTEM_PACKAGES=1 "$PYTHON" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
     -e ".[test]"
 
 step "trial ${*:-tests}"
