@@ -34,6 +34,9 @@ class IDelegate(Interface):
     def get_broadcasts(overhead: int, limit: int) -> list[bytes]:
         """Messages to piggyback, each charged *overhead*, within *limit* bytes."""
 
+    def pending_broadcasts() -> int:
+        """How many messages are queued (0 lets an idle gossip round do nothing)."""
+
     def local_state(join: bool) -> bytes:
         """The user state sent in a push/pull."""
 
@@ -95,6 +98,9 @@ class NullDelegate:
 
     def get_broadcasts(self, overhead: int, limit: int) -> list[bytes]:
         return []
+
+    def pending_broadcasts(self) -> int:
+        return 0
 
     def local_state(self, join: bool) -> bytes:
         return b""

@@ -786,6 +786,8 @@ class Memberlist:
 
     def _gossip_tick(self) -> None:
         self._schedule("gossip", self.config.gossip_interval, self._gossip_tick)
+        if not self.broadcasts.num_queued() and not self.delegate.pending_broadcasts():
+            return  # Go would pick targets and find nothing to send them
         now = self.reactor.seconds()
         dead_time = self.config.gossip_to_the_dead_time
 

@@ -39,6 +39,9 @@ class SerfDelegate:
     def get_broadcasts(self, overhead: int, limit: int) -> list[bytes]:
         return self.serf.queues.get_broadcasts(overhead, limit)
 
+    def pending_broadcasts(self) -> int:
+        return self.serf.queues.num_queued()
+
     def local_state(self, join: bool) -> bytes:
         return self.serf.local_state(join)
 

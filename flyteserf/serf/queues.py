@@ -32,6 +32,9 @@ class SerfQueues:
     def queue(queue: TransmitLimitedQueue, msg: bytes, notify: Deferred[None] | None = None) -> None:
         queue.queue_broadcast(UniqueBroadcast(bytes(msg), notify))
 
+    def num_queued(self) -> int:
+        return self.intents.num_queued() + self.queries.num_queued() + self.events.num_queued()
+
     def get_broadcasts(self, overhead: int, limit: int) -> list[bytes]:
         out: list[bytes] = []
         used = 0

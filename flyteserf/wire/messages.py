@@ -8,6 +8,7 @@ instance.  Vsn, Addr, Meta and the other byte fields stay ``bytes``.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 from typing import ClassVar
 
@@ -205,6 +206,7 @@ def vsn_is_valid(vsn: bytes) -> bool:
     return len(vsn) == 6 and 0 < vsn[0] <= vsn[2] <= vsn[1] and vsn[3] <= vsn[5] <= vsn[4]
 
 
+@functools.lru_cache(maxsize=4096)  # per packet, and a cluster has few addresses
 def ip_from_wire(addr: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     """An IP from its 4- or 16-byte wire form; v4-mapped v6 becomes v4."""
     if len(addr) == 4:
@@ -215,6 +217,7 @@ def ip_from_wire(addr: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     raise DecodeError(f"IP address must be 4 or 16 bytes, got {len(addr)}")
 
 
+@functools.lru_cache(maxsize=4096)
 def ip_to_wire(host: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
     """The wire form of an IP: 4 bytes for IPv4, 16 for IPv6."""
     return ipaddress.ip_address(host).packed
