@@ -87,6 +87,19 @@ MemberlistFactory = Callable[..., Memberlist]
 SNAPSHOT_CLOCK_INTERVAL = 0.5
 
 
+#: Serf message types that travel as gossip (push/pull state and the key and
+#: conflict payloads only ever appear nested, so as gossip they are unknown).
+_GOSSIPED_TYPES = frozenset(
+    {
+        SerfMessageType.LEAVE,
+        SerfMessageType.JOIN,
+        SerfMessageType.USER_EVENT,
+        SerfMessageType.QUERY,
+        SerfMessageType.QUERY_RESPONSE,
+    }
+)
+
+
 class SerfState(enum.Enum):
     ALIVE = "alive"
     LEAVING = "leaving"
@@ -583,39 +596,29 @@ class Serf:
         rebroadcast = False
         queue = self.queues.intents
         try:
-            if kind == SerfMessageType.LEAVE:
-                leave = decode_serf_message(buf)
-                assert isinstance(leave, Leave)
-                self.log.debug("messageLeaveType: {node}", node=leave.node)
-                rebroadcast = self._handle_leave_intent(leave)
-            elif kind == SerfMessageType.JOIN:
-                join = decode_serf_message(buf)
-                assert isinstance(join, Join)
-                self.log.debug("messageJoinType: {node}", node=join.node)
-                rebroadcast = self._handle_join_intent(join)
-            elif kind == SerfMessageType.USER_EVENT:
-                event = decode_serf_message(buf)
-                assert isinstance(event, UserEventMessage)
-                self.log.debug("messageUserEventType: {name}", name=event.name)
-                rebroadcast = self._handle_user_event(event)
-                queue = self.queues.events
-            elif kind == SerfMessageType.QUERY:
-                query = decode_serf_message(buf)
-                assert isinstance(query, Query)
-                self.log.debug("messageQueryType: {name}", name=query.name)
-                rebroadcast = self._handle_query(query)
-                queue = self.queues.queries
-            elif kind == SerfMessageType.QUERY_RESPONSE:
-                response = decode_serf_message(buf)
-                assert isinstance(response, QueryResponseMessage)
-                self._handle_query_response(response)
-            elif kind == SerfMessageType.RELAY:
+            if kind == SerfMessageType.RELAY:
                 self._handle_relay(buf)
-            else:
+                return
+            if kind not in _GOSSIPED_TYPES:
                 self.log.warn("Received message of unknown type: {kind}", kind=kind)
+                return
+            message = decode_serf_message(buf)
         except DecodeError as e:
             self.log.error("Error decoding serf message of type {kind}: {e}", kind=kind, e=str(e))
             return
+        self.log.debug("serf message {message}", message=message)
+        if isinstance(message, Leave):
+            rebroadcast = self._handle_leave_intent(message)
+        elif isinstance(message, Join):
+            rebroadcast = self._handle_join_intent(message)
+        elif isinstance(message, UserEventMessage):
+            rebroadcast = self._handle_user_event(message)
+            queue = self.queues.events
+        elif isinstance(message, Query):
+            rebroadcast = self._handle_query(message)
+            queue = self.queues.queries
+        elif isinstance(message, QueryResponseMessage):
+            self._handle_query_response(message)
         if rebroadcast:
             # The exact bytes received, so every node gossips the same message.
             self.queues.queue(queue, buf)
