@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import enum
 import math
-from functools import partial
 import random
+from functools import partial
 from typing import Any, Callable, Iterable, Sequence
 
+import attrs
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.error import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
@@ -748,19 +749,10 @@ class Serf:
         member = self.members_table.get(name)
         if member is None:
             return None
-        return ConflictMember(
-            name=member.name,
-            addr=ip_to_wire(member.addr),
-            port=member.port,
-            tags=dict(member.tags),
-            status=int(member.status),
-            protocol_min=member.protocol_min,
-            protocol_max=member.protocol_max,
-            protocol_cur=member.protocol_cur,
-            delegate_min=member.delegate_min,
-            delegate_max=member.delegate_max,
-            delegate_cur=member.delegate_cur,
-        )
+        # Same fields as the member event's Member; only the wire types differ.
+        fields = attrs.asdict(member.member(), recurse=False)
+        fields.update(addr=ip_to_wire(member.addr), status=int(member.status))
+        return ConflictMember(**fields)
 
     def write_keyring_file(self) -> None:
         path, keyring = self.config.keyring_file, self.keyring
